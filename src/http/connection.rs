@@ -1,0 +1,312 @@
+//! One client connection: reading without blocking, answering every
+//! complete request in the buffer in order (pipelining), and writing the
+//! answers with the write timeout. Reading stops at a bounded buffer, so a
+//! client can never make the server hold more than one head and one small
+//! body per connection.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::request::{self, Method, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use super::response::{self, Response};
+use super::server::Shared;
+use crate::log::{self, Level};
+
+/// Requests answered in one turn before the worker lets other connections
+/// go first.
+const MAX_REQUESTS_PER_TURN: usize = 64;
+const READ_CHUNK: usize = 4096;
+/// How long input is drained after an error answer before the socket closes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    KeepOpen,
+    Close,
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    /// When the first byte of the request now being received arrived.
+    head_started: Option<Instant>,
+    /// Set after an error response: input is read and discarded until this
+    /// time, so that closing with unread input does not reset the
+    /// connection before the client has read the error.
+    linger_until: Option<Instant>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Connection {
+        Connection {
+            stream,
+            peer,
+            buf: Vec::new(),
+            head_started: None,
+            linger_until: None,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// True when no request is partly received.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// True when only discarding input before closing.
+    pub fn is_lingering(&self) -> bool {
+        self.linger_until.is_some()
+    }
+
+    /// When the connection must be closed if no more bytes arrive: the end
+    /// of its head timeout or of its linger time, if either applies.
+    pub fn deadline(&self, header_timeout: std::time::Duration) -> Option<Instant> {
+        self.linger_until
+            .or_else(|| self.head_started.map(|started| started + header_timeout))
+    }
+
+    /// Tells a client that sent only part of a head that it took too long.
+    pub fn send_timeout_response(&self) {
+        let response = Response::error(408, "request head not received in time");
+        let mut out = Vec::new();
+        response::serialize(&mut out, &response, false, "-", true, false);
+        send_nonblocking(&self.stream, &out);
+    }
+
+    /// Reads what the socket holds without blocking. `Ok(0)` means the peer
+    /// closed its side.
+    fn read_available(&mut self) -> io::Result<usize> {
+        let room = (MAX_HEAD_BYTES + MAX_BODY_BYTES + READ_CHUNK).saturating_sub(self.buf.len());
+        let want = room.min(READ_CHUNK);
+        if want == 0 {
+            return Err(io::Error::other("request buffer full"));
+        }
+        self.buf.reserve(want);
+        let spare = self.buf.spare_capacity_mut();
+        // SAFETY: `spare` has at least `want` writable bytes; recv writes at most that many.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised the first `n` spare bytes.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        if n > 0 && self.head_started.is_none() {
+            self.head_started = Some(Instant::now());
+        }
+        Ok(n)
+    }
+}
+
+/// Writes `bytes` if the socket takes them at once; used for best-effort
+/// answers to clients about to be dropped.
+pub fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) {
+    // SAFETY: the pointer and length describe `bytes`.
+    unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+}
+
+/// Serves a connection that epoll reported readable, until its socket has
+/// nothing more to read or it must close.
+pub(super) fn serve(shared: &Shared, conn: &mut Connection) -> Outcome {
+    if conn.linger_until.is_some() {
+        return discard_input(conn);
+    }
+    let mut out = Vec::new();
+    let mut answered = 0;
+    loop {
+        match conn.read_available() {
+            Ok(0) => return Outcome::Close,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Outcome::KeepOpen,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Outcome::Close,
+        }
+        let next = answer_buffered(shared, conn, &mut out, &mut answered);
+        if !out.is_empty() {
+            if conn.stream.write_all(&out).is_err() {
+                return Outcome::Close;
+            }
+            out.clear();
+        }
+        match next {
+            Next::Continue if answered >= MAX_REQUESTS_PER_TURN => return Outcome::KeepOpen,
+            Next::Continue => {}
+            Next::Close => return Outcome::Close,
+            Next::CloseAfterError => {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.buf = Vec::new();
+                conn.head_started = None;
+                conn.linger_until = Some(Instant::now() + LINGER);
+                return discard_input(conn);
+            }
+        }
+    }
+}
+
+/// Reads and drops whatever the client still sends after an error, until
+/// it closes or `LINGER` runs out (enforced by housekeeping).
+fn discard_input(conn: &mut Connection) -> Outcome {
+    let mut scratch = [0u8; READ_CHUNK];
+    for _ in 0..64 {
+        // SAFETY: the pointer and length describe `scratch`.
+        let n = unsafe {
+            libc::recv(
+                conn.fd(),
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return Outcome::Close;
+        }
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Outcome::KeepOpen,
+                _ => Outcome::Close,
+            };
+        }
+    }
+    Outcome::KeepOpen
+}
+
+enum Next {
+    Continue,
+    /// Close after writing the answers, as HTTP asks (`Connection: close`).
+    Close,
+    /// Close after an error answer; the client may still be sending.
+    CloseAfterError,
+}
+
+/// Answers every complete request at the front of the buffer, and says
+/// what the connection does once the answers are written.
+fn answer_buffered(
+    shared: &Shared,
+    conn: &mut Connection,
+    out: &mut Vec<u8>,
+    answered: &mut usize,
+) -> Next {
+    loop {
+        if conn.buf.is_empty() {
+            conn.head_started = None;
+            return Next::Continue;
+        }
+        let request = match request::parse_head(&conn.buf) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Next::Continue,
+            Err(err) => {
+                let response = Response::error(err.status, err.message);
+                let request_id = crate::ids::new_request_id();
+                response::serialize(out, &response, false, &request_id, true, false);
+                log_rejected(conn, &response, &request_id);
+                return Next::CloseAfterError;
+            }
+        };
+        let total = request.head_len + request.body_len;
+        let body_complete = conn.buf.len() >= total;
+        if !body_complete && !request.expects_continue {
+            return Next::Continue;
+        }
+        let started = Instant::now();
+        let request_id = request
+            .request_id
+            .clone()
+            .unwrap_or_else(crate::ids::new_request_id);
+        let response = shared.handler.handle(&request, &request_id);
+        let draining = shared.draining.load(Ordering::Relaxed);
+        // A client waiting for `100 Continue` may still send its body; closing
+        // is simpler and safer than guessing whether those bytes will come.
+        let close = !request.keep_alive || draining || !body_complete;
+        let head_only = request.method == Method::Head;
+        let keep_alive_1_0 = request.minor_version == 0 && !close;
+        response::serialize(
+            out,
+            &response,
+            head_only,
+            &request_id,
+            close,
+            keep_alive_1_0,
+        );
+        log_access(conn, &request, &response, &request_id, started);
+        *answered += 1;
+        let consumed = total.min(conn.buf.len());
+        conn.buf.drain(..consumed);
+        conn.head_started = (!conn.buf.is_empty()).then(Instant::now);
+        if close && !body_complete {
+            return Next::CloseAfterError;
+        }
+        if close {
+            return Next::Close;
+        }
+        if *answered >= MAX_REQUESTS_PER_TURN {
+            return Next::Continue;
+        }
+    }
+}
+
+fn log_access(
+    conn: &Connection,
+    request: &Request,
+    response: &Response,
+    request_id: &str,
+    started: Instant,
+) {
+    if !log::enabled(Level::Info) {
+        return;
+    }
+    let micros = started.elapsed().as_micros() as f64;
+    log::info(
+        "request",
+        &[
+            ("method", request.method_name.as_str().into()),
+            ("path", request.target.as_str().into()),
+            ("status", response.status.into()),
+            ("duration_ms", Value::from((micros / 10.0).round() / 100.0)),
+            ("request_id", request_id.into()),
+            ("client", conn.peer.to_string().into()),
+        ],
+    );
+}
+
+fn log_rejected(conn: &Connection, response: &Response, request_id: &str) {
+    log::info(
+        "request rejected",
+        &[
+            ("status", response.status.into()),
+            (
+                "error",
+                serde_json::from_str::<Value>(&response.body).unwrap_or_default()["error"].clone(),
+            ),
+            ("request_id", request_id.into()),
+            ("client", conn.peer.to_string().into()),
+        ],
+    );
+}
