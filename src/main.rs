@@ -196,6 +196,7 @@ fn drain(server: &Server, config: &Config, draining: &AtomicBool) -> i32 {
     let elapsed_ms =
         |at: Instant| -> Value { ((at.elapsed().as_secs_f64() * 1e6).round() / 1e3).into() };
     draining.store(true, Ordering::Release);
+    server.close_after_responses();
     log::info(
         "shutdown started",
         &[

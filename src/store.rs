@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,8 @@ struct Job {
 
 struct Health {
     connected: AtomicBool,
+    /// Becomes true when the first connection attempt has ended either way.
+    first_attempt_done: (Mutex<bool>, Condvar),
     /// Milliseconds since `started` when Redis last answered.
     last_answer_ms: AtomicU64,
     reason: Mutex<String>,
@@ -120,6 +122,7 @@ impl Store {
         let (jobs, queue) = mpsc::channel();
         let health = Arc::new(Health {
             connected: AtomicBool::new(false),
+            first_attempt_done: (Mutex::new(false), Condvar::new()),
             last_answer_ms: AtomicU64::new(0),
             reason: Mutex::new("not connected to redis yet".into()),
             started: Instant::now(),
@@ -148,6 +151,11 @@ impl Store {
     /// Runs one command and waits for its reply. Never waits longer than
     /// twice the Redis timeout plus a margin.
     pub fn execute(&self, op: Op, key: &str) -> Result<i64, StoreError> {
+        if !self.health.connected.load(Ordering::Acquire) {
+            // A request that arrives while tally is still making its first
+            // connection waits for it rather than failing.
+            self.health.wait_first_attempt(self.timeout);
+        }
         if !self.health.connected.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(self.health.reason()));
         }
@@ -205,6 +213,18 @@ impl Health {
             .clone()
     }
 
+    fn wait_first_attempt(&self, limit: Duration) {
+        let (done, changed) = &self.first_attempt_done;
+        let done = done.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = changed.wait_timeout_while(done, limit, |done| !*done);
+    }
+
+    fn end_first_attempt(&self) {
+        let (done, changed) = &self.first_attempt_done;
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
+    }
+
     fn answered(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.last_answer_ms.store(now, Ordering::Release);
@@ -230,8 +250,10 @@ struct Link {
 impl Link {
     fn run(&mut self, queue: &Receiver<Job>) {
         loop {
-            if self.connection.is_none() && !self.connect() {
-                if !answer_unavailable_for(queue, RECONNECT_DELAY, &self.health) {
+            if self.connection.is_none() {
+                let connected = self.connect();
+                self.health.end_first_attempt();
+                if !connected && !answer_unavailable_for(queue, RECONNECT_DELAY, &self.health) {
                     return;
                 }
                 continue;

@@ -241,10 +241,10 @@ fn answer_buffered(
             .clone()
             .unwrap_or_else(crate::ids::new_request_id);
         let response = shared.handler.handle(&request, &request_id);
-        let draining = shared.draining.load(Ordering::Relaxed);
+        let closing = shared.closing.load(Ordering::Relaxed);
         // A client waiting for `100 Continue` may still send its body; closing
         // is simpler and safer than guessing whether those bytes will come.
-        let close = !request.keep_alive || draining || !body_complete;
+        let close = !request.keep_alive || closing || !body_complete;
         let head_only = request.method == Method::Head;
         let keep_alive_1_0 = request.minor_version == 0 && !close;
         response::serialize(

@@ -57,7 +57,11 @@ struct Registry {
 pub(super) struct Shared {
     pub(super) handler: Arc<dyn Handler>,
     pub(super) limits: Limits,
-    pub(super) draining: AtomicBool,
+    /// Set once shutdown starts: every later response carries
+    /// `Connection: close`.
+    pub(super) closing: AtomicBool,
+    /// Set once tally stops accepting: idle connections are closed.
+    draining: AtomicBool,
     poller: Poller,
     registry: Mutex<Registry>,
     open: AtomicUsize,
@@ -93,6 +97,7 @@ impl Server {
         let shared = Arc::new(Shared {
             handler,
             limits: limits.clone(),
+            closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             poller: Poller::new()?,
             registry: Mutex::new(Registry {
@@ -137,9 +142,17 @@ impl Server {
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RD) };
     }
 
-    /// Switches to draining: every later response carries `Connection:
-    /// close`, and idle keep-alive connections are closed now.
+    /// Makes every later response carry `Connection: close`, so that
+    /// keep-alive clients such as load balancers move to other replicas
+    /// while this one still serves.
+    pub fn close_after_responses(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes idle keep-alive connections now and every connection once its
+    /// request in progress is answered.
     pub fn drain(&self) {
+        self.close_after_responses();
         self.shared.draining.store(true, Ordering::SeqCst);
         sweep(&self.shared, Instant::now());
     }
