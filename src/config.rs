@@ -190,9 +190,7 @@ impl Source {
     }
 
     fn load_file(&mut self, path: &str, bytes: &[u8]) -> Result<(), ConfigError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| invalid("ENV_FILE", path, "the file is not valid UTF-8"))?;
-        let entries = envfile::parse(text, |name| self.environment.get(name).cloned())
+        let entries = envfile::parse(bytes, |name| self.environment.get(name).cloned())
             .map_err(|err| invalid("ENV_FILE", path, err.to_string()))?;
         for (name, value) in entries {
             let known = VARIABLES.iter().any(|(known, _, _)| *known == name);
