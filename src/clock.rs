@@ -65,9 +65,20 @@ fn format_rfc3339(secs: u64, millis: u32) -> String {
     )
 }
 
-/// Formats the current time as `Fri, 04 Dec 2026 17:00:00 GMT`.
-pub fn http_date_now() -> String {
-    format_http_date(now_parts().0)
+/// Appends the current time as `Fri, 04 Dec 2026 17:00:00 GMT`. Each
+/// thread formats it once per second.
+pub fn push_http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = now_parts().0;
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            *cache = (secs, format_http_date(secs));
+        }
+        out.extend_from_slice(cache.1.as_bytes());
+    });
 }
 
 fn format_http_date(secs: u64) -> String {

@@ -21,6 +21,8 @@ const MAX_LINE_BYTES: usize = 16 * 1024 - 1;
 const MAX_FIELD_CHARS: usize = 2048;
 /// Lines queued for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 1024;
+/// Most bytes the writer gathers from the queue into one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -67,6 +69,59 @@ impl Format {
     }
 }
 
+/// A log field value. Strings are escaped as they are written, with no
+/// intermediate JSON tree, because the access line is on the hot path.
+#[derive(Debug)]
+pub enum Field<'a> {
+    Str(std::borrow::Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Json(Value),
+}
+
+impl<'a> From<&'a str> for Field<'a> {
+    fn from(text: &'a str) -> Self {
+        Field::Str(text.into())
+    }
+}
+
+impl From<String> for Field<'_> {
+    fn from(text: String) -> Self {
+        Field::Str(text.into())
+    }
+}
+
+impl From<Value> for Field<'_> {
+    fn from(value: Value) -> Self {
+        Field::Json(value)
+    }
+}
+
+impl From<bool> for Field<'_> {
+    fn from(value: bool) -> Self {
+        Field::Bool(value)
+    }
+}
+
+impl From<f64> for Field<'_> {
+    fn from(value: f64) -> Self {
+        Field::Float(value)
+    }
+}
+
+macro_rules! int_field {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Field<'_> {
+            fn from(value: $t) -> Self {
+                Field::Int(i64::try_from(value).unwrap_or(i64::MAX))
+            }
+        }
+    )*};
+}
+
+int_field!(i32, i64, u16, u32, u64, usize);
+
 enum Message {
     Line(String),
     Flush(SyncSender<()>),
@@ -110,7 +165,7 @@ pub fn enabled(level: Level) -> bool {
 
 /// Records one event. Never blocks: when the writer falls behind, the line
 /// is dropped and counted.
-pub fn event(level: Level, message: &str, fields: &[(&str, Value)]) {
+pub fn event(level: Level, message: &str, fields: &[(&str, Field)]) {
     if !enabled(level) {
         return;
     }
@@ -131,19 +186,19 @@ pub fn event(level: Level, message: &str, fields: &[(&str, Value)]) {
     }
 }
 
-pub fn error(message: &str, fields: &[(&str, Value)]) {
+pub fn error(message: &str, fields: &[(&str, Field)]) {
     event(Level::Error, message, fields);
 }
 
-pub fn warn(message: &str, fields: &[(&str, Value)]) {
+pub fn warn(message: &str, fields: &[(&str, Field)]) {
     event(Level::Warn, message, fields);
 }
 
-pub fn info(message: &str, fields: &[(&str, Value)]) {
+pub fn info(message: &str, fields: &[(&str, Field)]) {
     event(Level::Info, message, fields);
 }
 
-pub fn debug(message: &str, fields: &[(&str, Value)]) {
+pub fn debug(message: &str, fields: &[(&str, Field)]) {
     event(Level::Debug, message, fields);
 }
 
@@ -196,25 +251,38 @@ fn write_lines(receiver: Receiver<Message>) {
         .get()
         .expect("logger is set before its writer starts");
     let mut lost: u64 = 0;
-    for message in receiver {
-        match message {
-            Message::Line(line) => {
-                if write_stdout(&line) {
-                    lost += logger.dropped.swap(0, Ordering::Relaxed);
-                    if lost > 0 {
-                        let report = lost_lines_line(logger, lost);
-                        if write_stdout(&report) {
-                            lost = 0;
-                        }
-                    }
-                } else {
-                    lost += 1;
+    let mut batch = String::with_capacity(WRITE_BATCH_BYTES);
+    while let Ok(first) = receiver.recv() {
+        // Gather what else is queued, so a burst costs one write, not one
+        // write per line.
+        let mut lines = 0u64;
+        let mut flush = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Line(line) => {
+                    batch.push_str(&line);
+                    lines += 1;
                 }
+                Message::Flush(done) => flush.push(done),
             }
-            Message::Flush(done) => {
-                let _ = std::io::stdout().lock().flush();
-                let _ = done.try_send(());
+            if batch.len() < WRITE_BATCH_BYTES {
+                next = receiver.try_recv().ok();
             }
+        }
+        if !batch.is_empty() {
+            if write_stdout(&batch) {
+                lost += logger.dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 && write_stdout(&lost_lines_line(logger, lost)) {
+                    lost = 0;
+                }
+            } else {
+                lost += lines;
+            }
+            batch.clear();
+        }
+        for done in flush {
+            let _ = done.try_send(());
         }
     }
 }
@@ -227,7 +295,7 @@ fn write_stdout(line: &str) -> bool {
 }
 
 fn lost_lines_line(logger: &Logger, lost: u64) -> String {
-    let fields = [("lost", Value::from(lost))];
+    let fields = [("lost", Field::from(lost))];
     let message = "log lines lost while stdout was full or closed";
     match logger.format {
         Format::Json => format_json(Level::Warn, message, &fields),
@@ -235,47 +303,75 @@ fn lost_lines_line(logger: &Logger, lost: u64) -> String {
     }
 }
 
-/// Cuts long strings so one field cannot push a line past the limit.
-fn clip(value: &Value) -> Value {
-    match value {
-        Value::String(text) if text.chars().count() > MAX_FIELD_CHARS => {
-            let mut cut: String = text.chars().take(MAX_FIELD_CHARS).collect();
-            cut.push_str("...");
-            Value::String(cut)
-        }
-        other => other.clone(),
+/// Cuts `text` to at most `MAX_FIELD_CHARS` characters.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_FIELD_CHARS) {
+        None => text.into(),
+        Some((end, _)) => format!("{}...", &text[..end]).into(),
     }
 }
 
-fn format_json(level: Level, message: &str, fields: &[(&str, Value)]) -> String {
-    let head = json_head(level, message);
-    let mut line = head.clone();
+/// Appends `text` as a JSON string literal.
+fn push_json_str(line: &mut String, text: &str) {
+    use std::fmt::Write as _;
+    line.push('"');
+    for c in clip(text).chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(line, "\\u{:04x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+fn push_json_value(line: &mut String, field: &Field) {
+    use std::fmt::Write as _;
+    match field {
+        Field::Str(text) => push_json_str(line, text),
+        Field::Int(n) => {
+            let _ = write!(line, "{n}");
+        }
+        Field::Float(x) if x.is_finite() => {
+            let _ = write!(line, "{x}");
+        }
+        Field::Float(_) => line.push_str("null"),
+        Field::Bool(b) => line.push_str(if *b { "true" } else { "false" }),
+        Field::Json(Value::String(text)) => push_json_str(line, text),
+        Field::Json(value) => line.push_str(&value.to_string()),
+    }
+}
+
+fn format_json(level: Level, message: &str, fields: &[(&str, Field)]) -> String {
+    let mut line = String::with_capacity(256);
+    line.push_str("{\"time\":\"");
+    line.push_str(&clock::rfc3339_now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(level.as_str());
+    line.push_str("\",\"message\":");
+    push_json_str(&mut line, message);
+    let head_len = line.len();
     for (key, value) in fields {
         line.push(',');
-        line.push_str(&Value::from(*key).to_string());
+        push_json_str(&mut line, key);
         line.push(':');
-        line.push_str(&clip(value).to_string());
+        push_json_value(&mut line, value);
     }
     if line.len() + 2 > MAX_LINE_BYTES {
-        line = head;
+        line.truncate(head_len);
         line.push_str(",\"truncated\":true");
     }
     line.push_str("}\n");
     line
 }
 
-/// Builds the start of a JSON line with the keys every event has, in the
-/// order people read them.
-fn json_head(level: Level, message: &str) -> String {
-    format!(
-        "{{\"time\":\"{}\",\"level\":\"{}\",\"message\":{}",
-        clock::rfc3339_now(),
-        level.as_str(),
-        clip(&Value::from(message))
-    )
-}
-
-fn format_text(level: Level, message: &str, fields: &[(&str, Value)]) -> String {
+fn format_text(level: Level, message: &str, fields: &[(&str, Field)]) -> String {
     let mut line = format!(
         "{} {:5} {}",
         clock::rfc3339_now(),
@@ -283,11 +379,13 @@ fn format_text(level: Level, message: &str, fields: &[(&str, Value)]) -> String 
         message
     );
     for (key, value) in fields {
-        let value = match clip(value) {
-            Value::String(text) if !text.contains([' ', '"', '=']) => text,
-            other => other.to_string(),
+        let mut json = String::new();
+        push_json_value(&mut json, value);
+        let plain = match value {
+            Field::Str(text) if !text.contains([' ', '"', '=']) => Some(clip(text).into_owned()),
+            _ => None,
         };
-        line.push_str(&format!(" {key}={value}"));
+        line.push_str(&format!(" {key}={}", plain.unwrap_or(json)));
     }
     if line.len() > MAX_LINE_BYTES {
         let mut end = MAX_LINE_BYTES - 4;
@@ -321,13 +419,22 @@ mod tests {
     #[test]
     fn json_line_stays_under_limit() {
         let long = "x".repeat(100_000);
-        let fields: Vec<(&str, Value)> = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+        let fields: Vec<(&str, Field)> = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
             .iter()
-            .map(|key| (*key, Value::from(long.clone())))
+            .map(|key| (*key, Field::from(long.clone())))
             .collect();
         let line = format_json(Level::Warn, &long, &fields);
         assert!(line.len() <= MAX_LINE_BYTES + 1);
         assert!(serde_json::from_str::<Value>(&line).is_ok());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let nasty = "quote\" backslash\\ newline\n tab\t bell\u{7} é";
+        let line = format_json(Level::Info, nasty, &[("path", nasty.into())]);
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["message"], nasty);
+        assert_eq!(value["path"], nasty);
     }
 
     #[test]

@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use tally::config::{Config, ConfigError, Source, VARIABLES};
 use tally::http::{Limits, Server};
-use tally::log;
+use tally::log::{self, Field};
 use tally::routes::App;
 use tally::shutdown::{self, Signals};
 use tally::store::Store;
@@ -124,7 +122,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
         &[
             ("version", VERSION.into()),
             ("pid", std::process::id().into()),
-            ("config", config.log_fields()),
+            ("config", config.log_fields().into()),
         ],
     );
     for warning in warnings {
@@ -194,7 +192,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
 fn drain(server: &Server, config: &Config, draining: &AtomicBool) -> i32 {
     let start = Instant::now();
     let elapsed_ms =
-        |at: Instant| -> Value { ((at.elapsed().as_secs_f64() * 1e6).round() / 1e3).into() };
+        |at: Instant| -> Field { ((at.elapsed().as_secs_f64() * 1e6).round() / 1e3).into() };
     draining.store(true, Ordering::Release);
     server.close_after_responses();
     log::info(

@@ -2,6 +2,7 @@
 //! JSON responses. Routing ignores the query string, and paths match
 //! exactly: `/healthz/` is not `/healthz`.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ impl Handler for App {
             Ok(segments) => segments,
             Err(message) => return Response::error(400, message),
         };
-        let names: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let names: Vec<&str> = segments.iter().map(|segment| segment.as_ref()).collect();
         let route = match names.as_slice() {
             [""] => Route::Visits,
             ["healthz"] => Route::Health,
@@ -174,12 +175,17 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// Splits a path into percent-decoded segments. `/` gives `[""]`.
-fn decode_path(path: &str) -> Result<Vec<String>, &'static str> {
+fn decode_path(path: &str) -> Result<Vec<Cow<'_, str>>, &'static str> {
     let raw = path.strip_prefix('/').unwrap_or(path);
     raw.split('/')
         .map(|segment| {
+            if !segment.contains('%') {
+                return Ok(Cow::Borrowed(segment));
+            }
             let bytes = percent_decode(segment).ok_or("invalid percent-encoding in path")?;
-            String::from_utf8(bytes).map_err(|_| "path is not valid UTF-8 once decoded")
+            String::from_utf8(bytes)
+                .map(Cow::Owned)
+                .map_err(|_| "path is not valid UTF-8 once decoded")
         })
         .collect()
 }

@@ -10,8 +10,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::request::{self, Method, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use super::response::{self, Response};
 use super::server::Shared;
@@ -64,6 +62,14 @@ impl Connection {
     /// True when no request is partly received.
     pub fn is_idle(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// Frees a buffer grown by a large request, so that an idle keep-alive
+    /// connection holds at most one read chunk.
+    pub fn shrink_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > READ_CHUNK {
+            self.buf = Vec::new();
+        }
     }
 
     /// True when only discarding input before closing.
@@ -133,12 +139,13 @@ pub fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) {
 }
 
 /// Serves a connection that epoll reported readable, until its socket has
-/// nothing more to read or it must close.
-pub(super) fn serve(shared: &Shared, conn: &mut Connection) -> Outcome {
+/// nothing more to read or it must close. `out` is the worker's reusable
+/// output buffer and is left empty.
+pub(super) fn serve(shared: &Shared, conn: &mut Connection, out: &mut Vec<u8>) -> Outcome {
+    out.clear();
     if conn.linger_until.is_some() {
         return discard_input(conn);
     }
-    let mut out = Vec::new();
     let mut answered = 0;
     loop {
         match conn.read_available() {
@@ -148,9 +155,9 @@ pub(super) fn serve(shared: &Shared, conn: &mut Connection) -> Outcome {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Outcome::Close,
         }
-        let next = answer_buffered(shared, conn, &mut out, &mut answered);
+        let next = answer_buffered(shared, conn, out, &mut answered);
         if !out.is_empty() {
-            if conn.stream.write_all(&out).is_err() {
+            if conn.stream.write_all(out).is_err() {
                 return Outcome::Close;
             }
             out.clear();
@@ -226,7 +233,7 @@ fn answer_buffered(
                 let response = Response::error(err.status, err.message);
                 let request_id = crate::ids::new_request_id();
                 response::serialize(out, &response, false, &request_id, true, false);
-                log_rejected(conn, &response, &request_id);
+                log_rejected(conn, &err, &request_id);
                 return Next::CloseAfterError;
             }
         };
@@ -289,22 +296,19 @@ fn log_access(
             ("method", request.method_name.as_str().into()),
             ("path", request.target.as_str().into()),
             ("status", response.status.into()),
-            ("duration_ms", Value::from((micros / 10.0).round() / 100.0)),
+            ("duration_ms", ((micros / 10.0).round() / 100.0).into()),
             ("request_id", request_id.into()),
             ("client", conn.peer.to_string().into()),
         ],
     );
 }
 
-fn log_rejected(conn: &Connection, response: &Response, request_id: &str) {
+fn log_rejected(conn: &Connection, err: &request::ParseError, request_id: &str) {
     log::info(
         "request rejected",
         &[
-            ("status", response.status.into()),
-            (
-                "error",
-                serde_json::from_str::<Value>(&response.body).unwrap_or_default()["error"].clone(),
-            ),
+            ("status", err.status.into()),
+            ("error", err.message.into()),
             ("request_id", request_id.into()),
             ("client", conn.peer.to_string().into()),
         ],

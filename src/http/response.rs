@@ -47,10 +47,14 @@ pub fn serialize(
     use std::io::Write;
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {}\r\n",
+        "HTTP/1.1 {} {}\r\nDate: ",
         response.status,
-        reason(response.status),
-        clock::http_date_now(),
+        reason(response.status)
+    );
+    clock::push_http_date(out);
+    let _ = write!(
+        out,
+        "\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {}\r\n",
         response.body.len(),
         request_id,
     );

@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::connection::{self, Connection, Outcome};
 use super::poller::Poller;
 use super::response::{self, Response};
-use crate::log::{self, Throttle};
+use crate::log::{self, Field, Throttle};
 
 /// Serves one parsed request. Implementations must not panic on any input.
 pub trait Handler: Send + Sync + 'static {
@@ -337,6 +335,7 @@ fn release(registry: &mut Registry, shared: &Shared, index: usize) {
 }
 
 fn serve_ready(shared: &Shared) {
+    let mut out = Vec::with_capacity(4096);
     loop {
         let token = match shared.poller.wait() {
             Ok(token) => token,
@@ -352,7 +351,9 @@ fn serve_ready(shared: &Shared) {
             continue;
         };
         // A panic must cost one connection, not a worker and its slot.
-        let served = panic::catch_unwind(AssertUnwindSafe(|| connection::serve(shared, &mut conn)));
+        let served = panic::catch_unwind(AssertUnwindSafe(|| {
+            connection::serve(shared, &mut conn, &mut out)
+        }));
         let outcome = served.unwrap_or_else(|_| {
             log::error(
                 "panic while serving a connection; closing it",
@@ -376,7 +377,8 @@ fn take(shared: &Shared, index: usize, generation: u32) -> Option<Box<Connection
     }
 }
 
-fn park_or_close(shared: &Shared, index: usize, conn: Box<Connection>, outcome: Outcome) {
+fn park_or_close(shared: &Shared, index: usize, mut conn: Box<Connection>, outcome: Outcome) {
+    conn.shrink_buffer();
     let mut registry = lock(shared);
     let draining = shared.draining.load(Ordering::SeqCst);
     let keep = outcome == Outcome::KeepOpen && !(draining && conn.is_idle());
@@ -434,7 +436,7 @@ fn sweep(shared: &Shared, now: Instant) {
         if !conn.is_idle() && !conn.is_lingering() {
             conn.send_timeout_response();
             if let Some(suppressed) = TIMEOUT_LOG.allow() {
-                let fields: [(&str, Value); 3] = [
+                let fields: [(&str, Field); 3] = [
                     ("client", conn.peer().to_string().into()),
                     (
                         "header_timeout_ms",
