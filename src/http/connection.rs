@@ -92,9 +92,10 @@ impl Connection {
         send_nonblocking(&self.stream, &out);
     }
 
-    /// Reads what the socket holds without blocking. `Ok(0)` means the peer
+    /// Reads what the socket holds without blocking, returning the bytes
+    /// read and the most that were asked for. `Ok((0, _))` means the peer
     /// closed its side.
-    fn read_available(&mut self) -> io::Result<usize> {
+    fn read_available(&mut self) -> io::Result<(usize, usize)> {
         let room = (MAX_HEAD_BYTES + MAX_BODY_BYTES + READ_CHUNK).saturating_sub(self.buf.len());
         let want = room.min(READ_CHUNK);
         if want == 0 {
@@ -120,7 +121,7 @@ impl Connection {
         if n > 0 && self.head_started.is_none() {
             self.head_started = Some(Instant::now());
         }
-        Ok(n)
+        Ok((n, want))
     }
 }
 
@@ -148,13 +149,16 @@ pub(super) fn serve(shared: &Shared, conn: &mut Connection, out: &mut Vec<u8>) -
     }
     let mut answered = 0;
     loop {
-        match conn.read_available() {
-            Ok(0) => return Outcome::Close,
-            Ok(_) => {}
+        // A short read drained the socket: after answering, the worker parks
+        // the connection instead of spending a recv on an empty socket. Bytes
+        // that arrive meanwhile make epoll report it again on re-arm.
+        let drained = match conn.read_available() {
+            Ok((0, _)) => return Outcome::Close,
+            Ok((n, want)) => n < want,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Outcome::KeepOpen,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Outcome::Close,
-        }
+        };
         let next = answer_buffered(shared, conn, out, &mut answered);
         if !out.is_empty() {
             if conn.stream.write_all(out).is_err() {
@@ -163,7 +167,9 @@ pub(super) fn serve(shared: &Shared, conn: &mut Connection, out: &mut Vec<u8>) -
             out.clear();
         }
         match next {
-            Next::Continue if answered >= MAX_REQUESTS_PER_TURN => return Outcome::KeepOpen,
+            Next::Continue if drained || answered >= MAX_REQUESTS_PER_TURN => {
+                return Outcome::KeepOpen;
+            }
             Next::Continue => {}
             Next::Close => return Outcome::Close,
             Next::CloseAfterError => {
