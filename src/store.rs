@@ -2,12 +2,12 @@
 //! every queued command as a single pipeline. Workers hand it commands over
 //! a channel and wait, bounded, for their reply.
 //!
-//! Why one pipelining connection rather than a connection per worker or a
-//! pool: on 2 cores a dedicated thread that batches queued commands reached
-//! about 1.45 times the throughput of a connection per thread (a probe with
-//! the redis crate 1.8 against Redis 7.0; see docs/benchmarks.md for
-//! tally's own numbers), and it keeps one connection per replica however
-//! many workers run.
+//! Why one pipelining connection rather than a connection per worker: with
+//! 16 threads each issuing one INCR at a time on 2 cores, one pipelining
+//! thread did 1.5 to 2 times the operations per second of a connection per
+//! thread (bench/redis-sharing, results in docs/benchmarks.md). With 4
+//! threads it did about 0.75 times, but tally runs 8 workers per CPU by
+//! default, and one connection per replica also spares Redis.
 //!
 //! No command is ever retried: a command that timed out or whose
 //! connection broke may have been applied, so it is answered with an
