@@ -88,7 +88,14 @@ impl Connection {
     pub fn send_timeout_response(&self) {
         let response = Response::error(408, "request head not received in time");
         let mut out = Vec::new();
-        response::serialize(&mut out, &response, false, "-", true, false);
+        response::serialize(
+            &mut out,
+            &response,
+            false,
+            &crate::ids::new_request_id(),
+            true,
+            false,
+        );
         send_nonblocking(&self.stream, &out);
     }
 

@@ -310,7 +310,14 @@ fn shed(shared: &Shared, stream: &TcpStream, peer: SocketAddr) {
     let response = Response::error(503, "server is at its connection limit; retry shortly")
         .header("Retry-After", "1");
     let mut out = Vec::new();
-    response::serialize(&mut out, &response, false, "-", true, false);
+    response::serialize(
+        &mut out,
+        &response,
+        false,
+        &crate::ids::new_request_id(),
+        true,
+        false,
+    );
     connection::send_nonblocking(stream, &out);
     if let Some(suppressed) = SHED_LOG.allow() {
         log::warn(
