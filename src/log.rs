@@ -20,7 +20,7 @@ const MAX_LINE_BYTES: usize = 16 * 1024 - 1;
 /// Longest string field value kept in a line before it is cut.
 const MAX_FIELD_CHARS: usize = 2048;
 /// Lines queued for the writer thread before new ones are dropped.
-const QUEUE_LINES: usize = 1024;
+const QUEUE_LINES: usize = 4096;
 /// Most bytes the writer gathers from the queue into one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 

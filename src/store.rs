@@ -137,6 +137,7 @@ impl Store {
                     timeout,
                     health: thread_health,
                     connection: None,
+                    timed_out: false,
                     on_first_answer: Some(on_first_answer),
                 };
                 link.run(&queue);
@@ -244,6 +245,9 @@ struct Link {
     timeout: Duration,
     health: Arc<Health>,
     connection: Option<redis::Connection>,
+    /// Set when the last batch failed on a timeout rather than a broken
+    /// connection.
+    timed_out: bool,
     on_first_answer: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -270,9 +274,15 @@ impl Link {
                     self.run_batch(batch);
                     if self.connection.is_none() {
                         // Jobs queued behind a failed batch were never sent, so
-                        // "unavailable" is exact for them, and answering now
-                        // keeps each request's wait within one timeout.
+                        // "unavailable" is exact for them. Failing fast for a
+                        // moment before reconnecting keeps a stalled Redis from
+                        // holding every worker for a full timeout in turn.
                         answer_queued_unavailable(queue, &self.health);
+                        let stalled = std::mem::take(&mut self.timed_out);
+                        if stalled && !answer_unavailable_for(queue, RECONNECT_DELAY, &self.health)
+                        {
+                            return;
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => self.ping(),
@@ -345,48 +355,52 @@ impl Link {
         }
     }
 
+    /// Sends the batch as one pipeline and reads the replies one by one
+    /// under one deadline. The redis crate's own pipeline query waits a
+    /// full read timeout for every reply still missing (redis 1.8.2), so a
+    /// stalled Redis would hold a batch of N for N timeouts.
     fn run_batch(&mut self, batch: Vec<Job>) {
         let Some(conn) = self.connection.as_mut() else {
             let reason = self.health.reason();
-            for job in batch {
-                let _ = job
-                    .reply
-                    .send((job.sequence, Err(StoreError::Unavailable(reason.clone()))));
-            }
+            answer_all(batch, |_| StoreError::Unavailable(reason.clone()));
             return;
         };
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for job in &batch {
             match job.op {
                 Op::Increment(by) => pipe.cmd("INCRBY").arg(&job.key).arg(by),
                 Op::Read => pipe.cmd("GET").arg(&job.key),
             };
         }
-        match pipe.query::<Vec<Value>>(conn) {
-            Ok(values) if values.len() == batch.len() => {
-                self.health.answered();
-                for (job, value) in batch.into_iter().zip(values) {
+        let deadline = Instant::now() + self.timeout;
+        if let Err(err) = conn.send_packed_command(&pipe.get_packed_pipeline()) {
+            let reason = err.to_string();
+            self.drop_connection(&err);
+            answer_all(batch, |_| StoreError::OutcomeUnknown(reason.clone()));
+            return;
+        }
+        let mut jobs = batch.into_iter();
+        while let Some(job) = jobs.next() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply = conn
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .and_then(|()| conn.recv_response());
+            match reply {
+                Ok(value) => {
                     let result = interpret(&job, value);
                     let _ = job.reply.send((job.sequence, result));
                 }
-            }
-            Ok(values) => {
-                let reason = format!("expected {} replies, got {}", batch.len(), values.len());
-                log::error(
-                    "redis pipeline reply count mismatch",
-                    &[("error", reason.clone().into())],
-                );
-                self.connection = None;
-                self.health.set_down(reason.clone());
-                answer_all(batch, |_| StoreError::OutcomeUnknown(reason.clone()));
-            }
-            Err(err) => {
-                let reason = err.to_string();
-                self.drop_connection(&err);
-                answer_all(batch, |_| StoreError::OutcomeUnknown(reason.clone()));
+                Err(err) => {
+                    let reason = err.to_string();
+                    self.timed_out = err.is_timeout();
+                    self.drop_connection(&err);
+                    let rest = std::iter::once(job).chain(jobs).collect();
+                    answer_all(rest, |_| StoreError::OutcomeUnknown(reason.clone()));
+                    return;
+                }
             }
         }
+        self.health.answered();
     }
 }
 

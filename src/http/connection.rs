@@ -72,6 +72,21 @@ impl Connection {
         }
     }
 
+    /// True when the client has sent bytes that no worker has read yet.
+    pub fn has_unread_input(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: the buffer is one valid byte; MSG_PEEK leaves the data queued.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// True when only discarding input before closing.
     pub fn is_lingering(&self) -> bool {
         self.linger_until.is_some()

@@ -204,6 +204,14 @@ fn build_request(parsed: &httparse::Request, head_len: usize) -> Result<Request,
 /// Accepts origin form (`/path?query`) and absolute form
 /// (`http://host/path`), returning the path and query.
 fn origin_form(target: &str) -> Result<String, ParseError> {
+    // httparse lets bytes above 0x7F through, but a URI is ASCII: other
+    // characters must be percent-encoded.
+    if !target.is_ascii() {
+        return Err(reject(
+            400,
+            "request target must be ASCII; percent-encode other characters",
+        ));
+    }
     if target.starts_with('/') {
         return Ok(target.to_string());
     }
@@ -338,6 +346,7 @@ mod tests {
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"), 400);
         assert_eq!(status("\x00\x01\x02\x03 garbage\r\n\r\n"), 400);
         assert_eq!(status("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+        assert_eq!(status("GET /caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
     }
 
     #[test]

@@ -388,7 +388,8 @@ fn park_or_close(shared: &Shared, index: usize, mut conn: Box<Connection>, outco
     conn.shrink_buffer();
     let mut registry = lock(shared);
     let draining = shared.draining.load(Ordering::SeqCst);
-    let keep = outcome == Outcome::KeepOpen && !(draining && conn.is_idle());
+    let done = draining && conn.is_idle() && !conn.has_unread_input();
+    let keep = outcome == Outcome::KeepOpen && !done;
     if !keep {
         release(&mut registry, shared, index);
         drop(registry);
@@ -426,8 +427,12 @@ fn sweep(shared: &Shared, now: Instant) {
     {
         let mut registry = lock(shared);
         for index in 0..registry.slots.len() {
+            // A request that arrived but is not read yet is served (with
+            // `Connection: close`) rather than reset by closing under it.
             let due = match &registry.slots[index].1 {
-                Slot::Idle(conn, deadline) => *deadline <= now || (draining && conn.is_idle()),
+                Slot::Idle(conn, deadline) => {
+                    *deadline <= now || (draining && conn.is_idle() && !conn.has_unread_input())
+                }
                 _ => false,
             };
             if due {
