@@ -136,9 +136,10 @@ fn many_requests_during_a_stall_stay_bounded() {
     for client in clients {
         let (status, took) = client.join().unwrap();
         assert_eq!(status, 503);
-        // Four workers serve sixteen clients in waves of one timeout each.
+        // A batch of pipelined commands fails after one timeout in all, not
+        // one per command, and requests queued behind it fail fast.
         assert!(
-            took < Duration::from_millis(2_500),
+            took < Duration::from_millis(900),
             "a request took {took:?}"
         );
     }
