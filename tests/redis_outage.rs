@@ -138,10 +138,7 @@ fn many_requests_during_a_stall_stay_bounded() {
         assert_eq!(status, 503);
         // A batch of pipelined commands fails after one timeout in all, not
         // one per command, and requests queued behind it fail fast.
-        assert!(
-            took < Duration::from_millis(900),
-            "a request took {took:?}"
-        );
+        assert!(took < Duration::from_millis(900), "a request took {took:?}");
     }
     assert_eq!(tally.thread_count(), threads_before);
     thread::sleep(Duration::from_millis(2_100));

@@ -102,16 +102,7 @@ impl Connection {
     /// Tells a client that sent only part of a head that it took too long.
     pub fn send_timeout_response(&self) {
         let response = Response::error(408, "request head not received in time");
-        let mut out = Vec::new();
-        response::serialize(
-            &mut out,
-            &response,
-            false,
-            &crate::ids::new_request_id(),
-            true,
-            false,
-        );
-        send_nonblocking(&self.stream, &out);
+        send_closing_response(&self.stream, &response);
     }
 
     /// Reads what the socket holds without blocking, returning the bytes
@@ -147,15 +138,18 @@ impl Connection {
     }
 }
 
-/// Writes `bytes` if the socket takes them at once; used for best-effort
-/// answers to clients about to be dropped.
-pub fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) {
-    // SAFETY: the pointer and length describe `bytes`.
+/// Sends `response` with `Connection: close` if the socket takes it at
+/// once: a best-effort answer to a client that is about to be dropped.
+pub fn send_closing_response(stream: &TcpStream, response: &Response) {
+    let mut out = Vec::new();
+    let request_id = crate::ids::new_request_id();
+    response::serialize(&mut out, response, false, &request_id, true, false);
+    // SAFETY: the pointer and length describe `out`.
     unsafe {
         libc::send(
             stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
+            out.as_ptr().cast(),
+            out.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };

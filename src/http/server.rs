@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::connection::{self, Connection, Outcome};
 use super::poller::Poller;
-use super::response::{self, Response};
+use super::response::Response;
 use crate::log::{self, Field, Throttle};
 
 /// Serves one parsed request. Implementations must not panic on any input.
@@ -309,16 +309,7 @@ fn admit(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
 fn shed(shared: &Shared, stream: &TcpStream, peer: SocketAddr) {
     let response = Response::error(503, "server is at its connection limit; retry shortly")
         .header("Retry-After", "1");
-    let mut out = Vec::new();
-    response::serialize(
-        &mut out,
-        &response,
-        false,
-        &crate::ids::new_request_id(),
-        true,
-        false,
-    );
-    connection::send_nonblocking(stream, &out);
+    connection::send_closing_response(stream, &response);
     if let Some(suppressed) = SHED_LOG.allow() {
         log::warn(
             "connection limit reached; new connections get 503",
