@@ -226,15 +226,18 @@ impl Config {
                 )
             })?,
         };
+
         let redis_url = redis_url(source)?;
         let redis_timeout = millis(source, "REDIS_TIMEOUT_MS", 1_000, 1, 60_000)?;
         let key_prefix = key_prefix(source)?;
+
         let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get()) * 8;
         let workers = number(source, "WORKERS", default_workers as u64, 1, 1_024, "")? as usize;
         let max_connections = number(source, "MAX_CONNECTIONS", 1_024, 1, 1_000_000, "")? as usize;
         let header_timeout = millis(source, "HEADER_TIMEOUT_MS", 5_000, 100, 600_000)?;
         let keepalive_timeout = seconds(source, "KEEPALIVE_TIMEOUT_SECS", 30, 1, 3_600)?;
         let write_timeout = millis(source, "WRITE_TIMEOUT_MS", 5_000, 100, 600_000)?;
+
         let shutdown_delay = seconds(source, "SHUTDOWN_DELAY_SECS", 0, 0, 3_600)?;
         let shutdown_timeout = seconds(source, "SHUTDOWN_TIMEOUT_SECS", 8, 1, 3_600)?;
         if shutdown_delay >= shutdown_timeout {
@@ -245,6 +248,7 @@ impl Config {
             );
             return Err(invalid("SHUTDOWN_DELAY_SECS", value, expected));
         }
+
         let log_level = choice(
             source,
             "LOG_LEVEL",
@@ -484,6 +488,21 @@ mod tests {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!(err.variable, name, "{name}={value}");
             assert!(err.to_string().starts_with(&format!("invalid {name} '")));
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_variables_table() {
+        let fields = config(&[]).unwrap().log_fields();
+        for (name, default, _) in VARIABLES {
+            if ["WORKERS", "INSTANCE_NAME", "ENV_FILE"].contains(name) {
+                continue;
+            }
+            let shown = match &fields[*name] {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(&shown, default, "{name}");
         }
     }
 

@@ -1,5 +1,5 @@
-//! `tally healthcheck`: a liveness probe for images without curl. It asks
-//! the local server for `/healthz` and exits 0 on a 200, 1 otherwise.
+//! `tally healthcheck`: a liveness probe for images without curl. It
+//! requests `/healthz` from the local server and exits 0 on a 200, 1 otherwise.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

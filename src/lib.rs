@@ -1,6 +1,6 @@
 //! tally counts visits: each counted request is one Redis `INCR`, and the
 //! process keeps no state of its own. The binary's entry point is
-//! `src/main.rs`; this library holds everything it is made of, so that
+//! `src/main.rs`. This library contains everything it is made of, so that
 //! tests and fuzzers can reach the parsers.
 
 pub mod clock;

@@ -17,7 +17,7 @@ use crate::clock;
 /// Docker splits longer lines into partial messages, which breaks JSON
 /// parsing in Fluentd and Elasticsearch, so no line may reach 16 KiB.
 const MAX_LINE_BYTES: usize = 16 * 1024 - 1;
-/// Longest string field value kept in a line before it is cut.
+/// Maximum length of a string field, in characters, before it is cut.
 const MAX_FIELD_CHARS: usize = 2048;
 /// Lines queued for the writer thread before new ones are dropped.
 const QUEUE_LINES: usize = 4096;
