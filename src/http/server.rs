@@ -106,20 +106,29 @@ impl Server {
             accept_stopped: AtomicBool::new(false),
         });
         let listener = Arc::new(listener);
-        for index in 0..limits.workers {
-            let shared = Arc::clone(&shared);
-            spawn(&format!("worker-{index}"), 256 * 1024, move || {
-                serve_ready(&shared)
-            })?;
-        }
-        let housekeeper = Arc::clone(&shared);
-        spawn("housekeeping", 64 * 1024, move || {
-            close_expired(&housekeeper)
-        })?;
+        // The accept thread and one worker start first and the other
+        // workers from a background thread, so that the first request does
+        // not wait for every thread to be created.
         let acceptor = Arc::clone(&shared);
         let accept_listener = Arc::clone(&listener);
         spawn("accept", 64 * 1024, move || {
             accept_loop(&acceptor, &accept_listener)
+        })?;
+        spawn_worker(&shared, 0)?;
+        let housekeeper = Arc::clone(&shared);
+        spawn("housekeeping", 64 * 1024, move || {
+            close_expired(&housekeeper)
+        })?;
+        let spawner = Arc::clone(&shared);
+        spawn("spawn-workers", 64 * 1024, move || {
+            for index in 1..spawner.limits.workers {
+                if let Err(err) = spawn_worker(&spawner, index) {
+                    log::error(
+                        "failed to start a worker thread",
+                        &[("worker", index.into()), ("error", err.to_string().into())],
+                    );
+                }
+            }
         })?;
         Ok(Server {
             shared,
@@ -173,6 +182,13 @@ impl Server {
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
     }
+}
+
+fn spawn_worker(shared: &Arc<Shared>, index: usize) -> io::Result<()> {
+    let shared = Arc::clone(shared);
+    spawn(&format!("worker-{index}"), 256 * 1024, move || {
+        serve_ready(&shared)
+    })
 }
 
 fn spawn(name: &str, stack: usize, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
