@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for tally's scripts; source it, do not run it.
 # Each helper installs what is missing on a Debian machine when it runs as
 # root, and otherwise says which package to install.
