@@ -53,8 +53,26 @@ fn civil(secs: u64) -> Civil {
 
 /// Formats the current time as `2026-12-04T17:00:00.123Z`.
 pub fn rfc3339_now() -> String {
+    let mut text = String::with_capacity(24);
+    push_rfc3339(&mut text);
+    text
+}
+
+/// Appends the current time as `2026-12-04T17:00:00.123Z`. Each thread
+/// formats it once per millisecond.
+pub fn push_rfc3339(out: &mut String) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, u32, String)> =
+            const { std::cell::RefCell::new((u64::MAX, 0, String::new())) };
+    }
     let (secs, millis) = now_parts();
-    format_rfc3339(secs, millis)
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs || cache.1 != millis {
+            *cache = (secs, millis, format_rfc3339(secs, millis));
+        }
+        out.push_str(&cache.2);
+    })
 }
 
 fn format_rfc3339(secs: u64, millis: u32) -> String {

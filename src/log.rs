@@ -351,7 +351,7 @@ fn push_json_value(line: &mut String, field: &Field) {
 fn format_json(level: Level, message: &str, fields: &[(&str, Field)]) -> String {
     let mut line = String::with_capacity(256);
     line.push_str("{\"time\":\"");
-    line.push_str(&clock::rfc3339_now());
+    clock::push_rfc3339(&mut line);
     line.push_str("\",\"level\":\"");
     line.push_str(level.as_str());
     line.push_str("\",\"message\":");

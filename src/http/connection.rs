@@ -30,7 +30,8 @@ pub enum Outcome {
 
 pub struct Connection {
     stream: TcpStream,
-    peer: SocketAddr,
+    /// The client's address as text, formatted once for the access log.
+    peer: String,
     buf: Vec<u8>,
     /// When the first byte of the request now being received arrived.
     head_started: Option<Instant>,
@@ -44,7 +45,7 @@ impl Connection {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Connection {
         Connection {
             stream,
-            peer,
+            peer: peer.to_string(),
             buf: Vec::new(),
             head_started: None,
             linger_until: None,
@@ -55,8 +56,8 @@ impl Connection {
         self.stream.as_raw_fd()
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &str {
+        &self.peer
     }
 
     /// True when no request is partly received.
@@ -320,7 +321,7 @@ fn log_access(
             ("status", response.status.into()),
             ("duration_ms", ((micros / 10.0).round() / 100.0).into()),
             ("request_id", request_id.into()),
-            ("client", conn.peer.to_string().into()),
+            ("client", conn.peer.as_str().into()),
         ],
     );
 }
@@ -332,7 +333,7 @@ fn log_rejected(conn: &Connection, err: &request::ParseError, request_id: &str) 
             ("status", err.status.into()),
             ("error", err.message.into()),
             ("request_id", request_id.into()),
-            ("client", conn.peer.to_string().into()),
+            ("client", conn.peer.as_str().into()),
         ],
     );
 }

@@ -371,7 +371,7 @@ fn serve_ready(shared: &Shared) {
         let outcome = served.unwrap_or_else(|_| {
             log::error(
                 "panic while serving a connection; closing it",
-                &[("client", conn.peer().to_string().into())],
+                &[("client", conn.peer().into())],
             );
             Outcome::Close
         });
@@ -456,7 +456,7 @@ fn sweep(shared: &Shared, now: Instant) {
             conn.send_timeout_response();
             if let Some(suppressed) = TIMEOUT_LOG.allow() {
                 let fields: [(&str, Field); 3] = [
-                    ("client", conn.peer().to_string().into()),
+                    ("client", conn.peer().into()),
                     (
                         "header_timeout_ms",
                         (shared.limits.header_timeout.as_millis() as u64).into(),
