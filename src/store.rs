@@ -4,10 +4,11 @@
 //!
 //! Why one pipelining connection rather than a connection per worker: with
 //! 16 threads each issuing one INCR at a time on 2 cores, one pipelining
-//! thread did 1.5 to 2 times the operations per second of a connection per
-//! thread (bench/redis-sharing, results in docs/benchmarks.md). With 4
-//! threads it did about 0.75 times, but tally runs 8 workers per CPU by
-//! default, and one connection per replica also spares Redis.
+//! thread did 1.0 to 2.1 times the operations per second of a connection per
+//! thread over six rounds (bench/redis-sharing, results in
+//! docs/benchmarks.md). With 4 threads it did 0.43 to 0.76 times, but tally
+//! runs 8 workers per CPU by default, and one connection per replica also
+//! spares Redis.
 //!
 //! No command is ever retried: a command that timed out or whose
 //! connection broke may have been applied, so it is answered with an
