@@ -226,3 +226,47 @@ fn abrupt_client_disconnects_are_harmless() {
     assert_still_serves(&tally);
     assert!(redis.get("tally:visits") <= 50);
 }
+
+#[test]
+fn long_pipeline_in_one_write_is_answered() {
+    let (_redis, tally) = start(&[]);
+    let mut stream = connect(tally.addr);
+    let mut batch = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(300);
+    batch.push_str("GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(batch.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut reader = BufReader::new(stream);
+    for i in 0..301 {
+        let response = read_response(&mut reader, false);
+        assert_eq!(response.map(|r| r.status), Some(200), "answer {i}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn client_that_never_reads_holds_no_worker() {
+    let (_redis, tally) = start(&[("WORKERS", "1")]);
+    // Enough pipelined requests that their answers overflow the socket
+    // buffers of both ends; the client then stops reading altogether.
+    let mut hog = connect(tally.addr);
+    hog.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let batch = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100_000);
+    let writer = std::thread::spawn(move || {
+        let _ = hog.write_all(batch.as_bytes());
+        hog
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(tally.get("/healthz").status, 200);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "a normal request took {took:?}"
+    );
+    drop(writer.join().unwrap());
+    assert_still_serves(&tally);
+}

@@ -4,7 +4,7 @@
 //! client can never make the server hold more than one head and one small
 //! body per connection.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -24,8 +24,19 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Wait until the client sends more bytes.
     KeepOpen,
+    /// Wait until the socket takes the rest of the pending output.
+    WaitWritable,
     Close,
+}
+
+/// What happens once the pending output is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterFlush {
+    Continue,
+    Close,
+    Linger,
 }
 
 pub struct Connection {
@@ -39,6 +50,13 @@ pub struct Connection {
     /// time, so that closing with unread input does not reset the
     /// connection before the client has read the error.
     linger_until: Option<Instant>,
+    /// Answers the socket did not take yet. While any are pending, no more
+    /// requests are read, so a client that does not read its answers
+    /// holds this buffer and a file descriptor, but no worker.
+    pending: Vec<u8>,
+    /// When `pending` last became non-empty.
+    write_started: Option<Instant>,
+    after_flush: AfterFlush,
 }
 
 impl Connection {
@@ -49,6 +67,9 @@ impl Connection {
             buf: Vec::new(),
             head_started: None,
             linger_until: None,
+            pending: Vec::new(),
+            write_started: None,
+            after_flush: AfterFlush::Continue,
         }
     }
 
@@ -60,9 +81,9 @@ impl Connection {
         &self.peer
     }
 
-    /// True when no request is partly received.
+    /// True when no request is partly received and no answer is unsent.
     pub fn is_idle(&self) -> bool {
-        self.buf.is_empty()
+        self.buf.is_empty() && self.pending.is_empty()
     }
 
     /// Frees a buffer grown by a large request, so that an idle keep-alive
@@ -88,15 +109,26 @@ impl Connection {
         n > 0
     }
 
-    /// True when only discarding input before closing.
-    pub fn is_lingering(&self) -> bool {
-        self.linger_until.is_some()
+    /// True while part of a request head has arrived and nothing else is
+    /// going on: the state in which a head timeout earns a 408.
+    pub fn is_receiving_head(&self) -> bool {
+        !self.buf.is_empty() && self.pending.is_empty() && self.linger_until.is_none()
     }
 
-    /// When the connection must be closed if no more bytes arrive: the end
-    /// of its head timeout or of its linger time, if either applies.
-    pub fn deadline(&self, header_timeout: std::time::Duration) -> Option<Instant> {
-        self.linger_until
+    pub fn has_pending_output(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// When the connection must be closed if it makes no progress: the end
+    /// of its write timeout, linger time or head timeout, if one applies.
+    pub fn deadline(
+        &self,
+        header_timeout: std::time::Duration,
+        write_timeout: std::time::Duration,
+    ) -> Option<Instant> {
+        self.write_started
+            .map(|started| started + write_timeout)
+            .or(self.linger_until)
             .or_else(|| self.head_started.map(|started| started + header_timeout))
     }
 
@@ -156,11 +188,23 @@ pub fn send_closing_response(stream: &TcpStream, response: &Response) {
     };
 }
 
-/// Serves a connection that epoll reported readable, until its socket has
-/// nothing more to read or it must close. `out` is the worker's reusable
-/// output buffer and is left empty.
+/// Serves a connection that epoll reported ready, until its socket has
+/// nothing more to read, cannot take more output, or must close. `out` is
+/// the worker's reusable output buffer and is left empty.
 pub(super) fn serve(shared: &Shared, conn: &mut Connection, out: &mut Vec<u8>) -> Outcome {
     out.clear();
+    if !conn.pending.is_empty() {
+        match flush_pending(conn) {
+            Ok(true) => {}
+            Ok(false) => return Outcome::WaitWritable,
+            Err(_) => return Outcome::Close,
+        }
+        match conn.after_flush {
+            AfterFlush::Continue => {}
+            AfterFlush::Close => return Outcome::Close,
+            AfterFlush::Linger => return start_linger(conn),
+        }
+    }
     if conn.linger_until.is_some() {
         return discard_input(conn);
     }
@@ -176,28 +220,86 @@ pub(super) fn serve(shared: &Shared, conn: &mut Connection, out: &mut Vec<u8>) -
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Outcome::Close,
         };
+        // Every complete request already read is answered now: epoll would
+        // not report the connection again for bytes that left the socket.
         let next = answer_buffered(shared, conn, out, &mut answered);
+        let after_flush = match next {
+            Next::Continue => AfterFlush::Continue,
+            Next::Close => AfterFlush::Close,
+            Next::CloseAfterError => AfterFlush::Linger,
+        };
         if !out.is_empty() {
-            if conn.stream.write_all(out).is_err() {
-                return Outcome::Close;
+            match send_available(conn, out) {
+                Ok(sent) if sent == out.len() => {}
+                Ok(sent) => {
+                    conn.pending.extend_from_slice(&out[sent..]);
+                    conn.write_started = Some(Instant::now());
+                    conn.after_flush = after_flush;
+                    out.clear();
+                    return Outcome::WaitWritable;
+                }
+                Err(_) => return Outcome::Close,
             }
             out.clear();
         }
-        match next {
-            Next::Continue if drained || answered >= MAX_REQUESTS_PER_TURN => {
+        match after_flush {
+            AfterFlush::Continue if drained || answered >= MAX_REQUESTS_PER_TURN => {
                 return Outcome::KeepOpen;
             }
-            Next::Continue => {}
-            Next::Close => return Outcome::Close,
-            Next::CloseAfterError => {
-                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                conn.buf = Vec::new();
-                conn.head_started = None;
-                conn.linger_until = Some(Instant::now() + LINGER);
-                return discard_input(conn);
-            }
+            AfterFlush::Continue => {}
+            AfterFlush::Close => return Outcome::Close,
+            AfterFlush::Linger => return start_linger(conn),
         }
     }
+}
+
+/// Sends as much of `bytes` as the socket takes without blocking.
+fn send_available(conn: &Connection, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: the pointer and length describe `rest`.
+        let n = unsafe {
+            libc::send(
+                conn.fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => return Ok(sent),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(err),
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends pending output; returns whether all of it went out.
+fn flush_pending(conn: &mut Connection) -> io::Result<bool> {
+    let sent = send_available(conn, &conn.pending)?;
+    conn.pending.drain(..sent);
+    if conn.pending.is_empty() {
+        conn.pending = Vec::new();
+        conn.write_started = None;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Closes the write side after an error answer and starts discarding input.
+fn start_linger(conn: &mut Connection) -> Outcome {
+    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+    conn.buf = Vec::new();
+    conn.head_started = None;
+    conn.linger_until = Some(Instant::now() + LINGER);
+    discard_input(conn)
 }
 
 /// Reads and drops whatever the client still sends after an error, until
@@ -295,9 +397,6 @@ fn answer_buffered(
         }
         if close {
             return Next::Close;
-        }
-        if *answered >= MAX_REQUESTS_PER_TURN {
-            return Next::Continue;
         }
     }
 }

@@ -10,6 +10,7 @@ pub struct Poller {
 }
 
 const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32;
 
 impl Poller {
     pub fn new() -> io::Result<Poller> {
@@ -26,19 +27,21 @@ impl Poller {
 
     /// Starts watching `fd` for one readable event, reported with `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_ADD, fd, token)
+        self.control(libc::EPOLL_CTL_ADD, fd, token, READ_EVENTS)
     }
 
     /// Re-arms `fd` for one more readable event after it was reported.
     pub fn rearm(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.control(libc::EPOLL_CTL_MOD, fd, token)
+        self.control(libc::EPOLL_CTL_MOD, fd, token, READ_EVENTS)
     }
 
-    fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: READ_EVENTS,
-            u64: token,
-        };
+    /// Re-arms `fd` for one event when its socket can take more output.
+    pub fn rearm_writable(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_MOD, fd, token, WRITE_EVENTS)
+    }
+
+    fn control(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut event) };
         if rc < 0 {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::connection::{self, Connection, Outcome};
 use super::poller::Poller;
 use super::response::Response;
-use crate::log::{self, Field, Throttle};
+use crate::log::{self, Throttle};
 
 /// Serves one parsed request. Implementations must not panic on any input.
 pub trait Handler: Send + Sync + 'static {
@@ -77,6 +77,7 @@ pub struct Server {
 static SHED_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 static ACCEPT_ERROR_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 static TIMEOUT_LOG: Throttle = Throttle::new(Duration::from_secs(10));
+static WRITE_TIMEOUT_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 
 impl Server {
     /// Binds `addr` and starts the accept, worker and housekeeping threads.
@@ -396,20 +397,29 @@ fn park_or_close(shared: &Shared, index: usize, mut conn: Box<Connection>, outco
     let mut registry = lock(shared);
     let draining = shared.draining.load(Ordering::SeqCst);
     let done = draining && conn.is_idle() && !conn.has_unread_input();
-    let keep = outcome == Outcome::KeepOpen && !done;
+    let keep = match outcome {
+        Outcome::KeepOpen => !done,
+        Outcome::WaitWritable => true,
+        Outcome::Close => false,
+    };
     if !keep {
         release(&mut registry, shared, index);
         drop(registry);
         drop(conn);
         return;
     }
+    let limits = &shared.limits;
     let deadline = conn
-        .deadline(shared.limits.header_timeout)
-        .unwrap_or_else(|| Instant::now() + shared.limits.keepalive_timeout);
+        .deadline(limits.header_timeout, limits.write_timeout)
+        .unwrap_or_else(|| Instant::now() + limits.keepalive_timeout);
     let fd = conn.fd();
-    let generation = registry.slots[index].0;
+    let token = token(index, registry.slots[index].0);
     registry.slots[index].1 = Slot::Idle(conn, deadline);
-    if shared.poller.rearm(fd, token(index, generation)).is_err() {
+    let armed = match outcome {
+        Outcome::WaitWritable => shared.poller.rearm_writable(fd, token),
+        _ => shared.poller.rearm(fd, token),
+    };
+    if armed.is_err() {
         release(&mut registry, shared, index);
     }
 }
@@ -452,20 +462,29 @@ fn sweep(shared: &Shared, now: Instant) {
         }
     }
     for conn in expired {
-        if !conn.is_idle() && !conn.is_lingering() {
+        if conn.is_receiving_head() {
             conn.send_timeout_response();
             if let Some(suppressed) = TIMEOUT_LOG.allow() {
-                let fields: [(&str, Field); 3] = [
-                    ("client", conn.peer().into()),
-                    (
-                        "header_timeout_ms",
-                        (shared.limits.header_timeout.as_millis() as u64).into(),
-                    ),
-                    ("suppressed", suppressed.into()),
-                ];
+                let timeout_ms = shared.limits.header_timeout.as_millis() as u64;
                 log::warn(
                     "request head not received in time; connection closed",
-                    &fields,
+                    &[
+                        ("client", conn.peer().into()),
+                        ("header_timeout_ms", timeout_ms.into()),
+                        ("suppressed", suppressed.into()),
+                    ],
+                );
+            }
+        } else if conn.has_pending_output() {
+            if let Some(suppressed) = WRITE_TIMEOUT_LOG.allow() {
+                let timeout_ms = shared.limits.write_timeout.as_millis() as u64;
+                log::warn(
+                    "client did not read its answers in time; connection closed",
+                    &[
+                        ("client", conn.peer().into()),
+                        ("write_timeout_ms", timeout_ms.into()),
+                        ("suppressed", suppressed.into()),
+                    ],
                 );
             }
         }
