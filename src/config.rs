@@ -423,27 +423,34 @@ fn host_name() -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Replaces the password in a URL's user information with `***`.
+/// Replaces the passwords in a Redis URL with `***`: the one in the user
+/// information and any `pass` or `password` query parameter, which the
+/// redis crate accepts for `redis+unix://` URLs.
 pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let (head, rest) = url.split_at(scheme_end + 3);
+    // The user information ends at the last '@': a password that is not
+    // percent-encoded may contain '/', '?' or '#', so those prove nothing.
+    let masked = match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{head}{}:***{}", &rest[..colon], &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     };
-    let user_info = &authority[..at];
-    let Some(colon) = user_info.find(':') else {
-        return url.to_string();
+    let Some((before, query)) = masked.split_once('?') else {
+        return masked;
     };
-    format!(
-        "{}{}:***{}",
-        &url[..scheme_end + 3],
-        &user_info[..colon],
-        &rest[at..]
-    )
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
+            _ => param.to_string(),
+        })
+        .collect();
+    format!("{before}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -533,6 +540,18 @@ mod tests {
         assert_eq!(mask_password("redis://:p%40ss@h"), "redis://:***@h");
         assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
         assert_eq!(mask_password("redis://user@h"), "redis://user@h");
+        assert_eq!(
+            mask_password("redis://:Ab/Se?c#r@h:1/0"),
+            "redis://:***@h:1/0"
+        );
+        assert_eq!(
+            mask_password("redis+unix:///tmp/r.sock?db=2&pass=Sup3r"),
+            "redis+unix:///tmp/r.sock?db=2&pass=***"
+        );
+        assert_eq!(
+            mask_password("unix:///s?password=x&db=1"),
+            "unix:///s?password=***&db=1"
+        );
     }
 
     #[test]

@@ -63,11 +63,29 @@ fn bad_values_exit_2_naming_the_variable() {
 }
 
 #[test]
-fn redis_password_never_appears_in_errors() {
+fn redis_password_never_appears_in_logs() {
     let dir = TempDir::new("config");
-    let output = run(&dir.0, &[("REDIS_URL", "rediss://user:hunter2@h:1/0")], &[]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+    let urls = [
+        "rediss://user:hunter2@h:1/0",
+        "redis://:Ab/hunter2@127.0.0.1:1/0",
+        "redis+unix:///tmp/tally-missing.sock?db=x&pass=hunter2",
+        "redis+unix:///tmp/tally-missing.sock?db=2&pass=hunter2",
+    ];
+    for url in urls {
+        let mut child = tally_command(&dir.0, &[("REDIS_URL", url)])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(!text.is_empty(), "{url}: no output");
+        assert!(
+            !text.contains("hunter2"),
+            "{url} leaked its password:\n{text}"
+        );
+    }
 }
 
 #[test]
