@@ -5,17 +5,22 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::http::{Handler, Method, Request, Response};
-use crate::log;
+use crate::log::{self, Throttle};
 use crate::store::{Op, Store, StoreError};
 
 /// The counter that `GET /` increments.
 pub const VISITS: &str = "visits";
 const MAX_NAME_LEN: usize = 64;
 const MAX_INCREMENT: u64 = 1_000_000;
+
+/// Failed counter requests are logged at most once a second, with a count
+/// of those left out, so a broken key under load cannot flood the log.
+static STORE_ERROR_LOG: Throttle = Throttle::new(Duration::from_secs(1));
 
 pub struct App {
     pub store: Store,
@@ -149,14 +154,17 @@ fn store_error(err: &StoreError, name: &str, key: &str, request_id: &str) -> Res
     };
     // Unavailability is logged by the store, once per outage, not per request.
     if !matches!(err, StoreError::Unavailable(_)) {
-        log::warn(
-            "counter request failed",
-            &[
-                ("key", key.into()),
-                ("error", err.to_string().into()),
-                ("request_id", request_id.into()),
-            ],
-        );
+        if let Some(suppressed) = STORE_ERROR_LOG.allow() {
+            log::warn(
+                "counter request failed",
+                &[
+                    ("key", key.into()),
+                    ("error", err.to_string().into()),
+                    ("request_id", request_id.into()),
+                    ("suppressed", suppressed.into()),
+                ],
+            );
+        }
     }
     let response = Response::error(status, &message).header("Cache-Control", "no-store");
     if status == 503 {

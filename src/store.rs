@@ -186,9 +186,11 @@ impl Store {
                     Ok((seen, _)) if seen != sequence => continue,
                     Ok((_, result)) => return result,
                     Err(_) => {
-                        return Err(StoreError::OutcomeUnknown(
-                            "no reply within the timeout".into(),
-                        ));
+                        let reason = "no reply within the timeout".to_string();
+                        return Err(match op {
+                            Op::Increment(_) => StoreError::OutcomeUnknown(reason),
+                            Op::Read => StoreError::Unavailable(reason),
+                        });
                     }
                 }
             }
@@ -298,9 +300,13 @@ impl Link {
         let result = self
             .client
             .get_connection_with_timeout(self.timeout)
-            .and_then(|conn| {
+            .and_then(|mut conn| {
                 conn.set_read_timeout(Some(self.timeout))?;
                 conn.set_write_timeout(Some(self.timeout))?;
+                // A connection is usable only if Redis runs commands on it:
+                // without this, a server that wants a password (NOAUTH)
+                // would count as connected.
+                redis::cmd("PING").query::<String>(&mut conn)?;
                 Ok(conn)
             });
         match result {
@@ -319,7 +325,7 @@ impl Link {
                 true
             }
             Err(err) => {
-                let reason = format!("cannot connect to redis: {err}");
+                let reason = format!("cannot connect to redis: {}", describe(&err, self.timeout));
                 if let Some(suppressed) = CONNECT_ERROR_LOG.allow() {
                     log::warn(
                         "redis unavailable; retrying",
@@ -338,19 +344,24 @@ impl Link {
 
     fn drop_connection(&mut self, err: &redis::RedisError) {
         self.connection = None;
-        let reason = format!("lost the redis connection: {err}");
+        let error = describe(err, self.timeout);
         log::warn(
             "redis connection lost; reconnecting",
-            &[("error", err.to_string().into())],
+            &[("error", error.as_str().into())],
         );
-        self.health.set_down(reason);
+        self.health
+            .set_down(format!("lost the redis connection: {error}"));
     }
 
     fn ping(&mut self) {
         let Some(conn) = self.connection.as_mut() else {
             return;
         };
-        match redis::cmd("PING").query::<Value>(conn) {
+        // A batch leaves the read timeout at what was left of its deadline.
+        let pong = conn
+            .set_read_timeout(Some(self.timeout))
+            .and_then(|()| redis::cmd("PING").query::<String>(conn));
+        match pong {
             Ok(_) => self.health.answered(),
             Err(err) => self.drop_connection(&err),
         }
@@ -375,11 +386,12 @@ impl Link {
         }
         let deadline = Instant::now() + self.timeout;
         if let Err(err) = conn.send_packed_command(&pipe.get_packed_pipeline()) {
-            let reason = err.to_string();
+            let reason = describe(&err, self.timeout);
             self.drop_connection(&err);
-            answer_all(batch, |_| StoreError::OutcomeUnknown(reason.clone()));
+            answer_all(batch, |job| unconfirmed(job, &reason));
             return;
         }
+        let mut rejected_connection = false;
         let mut jobs = batch.into_iter();
         while let Some(job) = jobs.next() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -388,21 +400,55 @@ impl Link {
                 .and_then(|()| conn.recv_response());
             match reply {
                 Ok(value) => {
+                    rejected_connection |= is_connection_error(&value);
                     let result = interpret(&job, value);
                     let _ = job.reply.send((job.sequence, result));
                 }
                 Err(err) => {
-                    let reason = err.to_string();
+                    let reason = describe(&err, self.timeout);
                     self.timed_out = err.is_timeout();
                     self.drop_connection(&err);
                     let rest = std::iter::once(job).chain(jobs).collect();
-                    answer_all(rest, |_| StoreError::OutcomeUnknown(reason.clone()));
+                    answer_all(rest, |job| unconfirmed(job, &reason));
                     return;
                 }
             }
         }
+        if rejected_connection {
+            // Commands were refused for the connection itself (NOAUTH after
+            // a password change): reconnect, and let the PING there tell
+            // readiness why it fails.
+            self.connection = None;
+            self.health
+                .set_down("redis rejected the connection's commands".into());
+            log::warn("redis rejected the connection; reconnecting", &[]);
+            return;
+        }
         self.health.answered();
     }
+}
+
+/// The error for a job whose reply never came: an increment may have been
+/// applied, a read changed nothing.
+fn unconfirmed(job: &Job, reason: &str) -> StoreError {
+    match job.op {
+        Op::Increment(_) => StoreError::OutcomeUnknown(reason.to_string()),
+        Op::Read => StoreError::Unavailable(reason.to_string()),
+    }
+}
+
+/// Describes a Redis error in plain words; a timeout says how long it was.
+fn describe(err: &redis::RedisError, timeout: Duration) -> String {
+    if err.is_timeout() {
+        format!("timed out after {} ms", timeout.as_millis())
+    } else {
+        err.to_string()
+    }
+}
+
+/// True for error replies about the connection rather than the command.
+fn is_connection_error(value: &Value) -> bool {
+    matches!(value, Value::ServerError(err) if matches!(err.code(), "NOAUTH" | "WRONGPASS"))
 }
 
 fn answer_all(batch: Vec<Job>, error: impl Fn(&Job) -> StoreError) {
@@ -441,18 +487,30 @@ fn answer_unavailable_for(queue: &Receiver<Job>, wait: Duration, health: &Health
     }
 }
 
+/// Parses a value the way INCR accepts it: an optional '-', then digits
+/// with no leading zero, within 64 bits. GET must not report as a count
+/// what INCR would reject, such as "+12" or " 12".
+fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let leading_zero = digits.len() > 1 && digits[0] == b'0';
+    if digits.is_empty() || leading_zero || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 /// Turns one pipeline reply into a count or a typed error.
 fn interpret(job: &Job, value: Value) -> Result<i64, StoreError> {
     match value {
         Value::Int(count) => Ok(count),
         Value::Nil => Ok(0),
-        Value::BulkString(bytes) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok())
-            .ok_or(StoreError::NotInteger),
+        Value::BulkString(bytes) => parse_redis_integer(&bytes).ok_or(StoreError::NotInteger),
         Value::ServerError(err) => {
             let detail = err.details().unwrap_or_default();
             Err(match (err.code(), job.op) {
+                ("NOAUTH" | "WRONGPASS" | "NOPERM", _) => {
+                    StoreError::Unavailable(format!("{} {detail}", err.code()))
+                }
                 ("WRONGTYPE", _) => StoreError::WrongType,
                 (_, Op::Increment(_)) if detail.contains("overflow") => StoreError::Overflow,
                 (_, Op::Increment(_)) if detail.contains("not an integer") => {
@@ -462,5 +520,34 @@ fn interpret(job: &Job, value: Value) -> Result<i64, StoreError> {
             })
         }
         other => Err(StoreError::Server(format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_parse_as_redis_does() {
+        assert_eq!(parse_redis_integer(b"12"), Some(12));
+        assert_eq!(parse_redis_integer(b"-7"), Some(-7));
+        assert_eq!(parse_redis_integer(b"0"), Some(0));
+        assert_eq!(parse_redis_integer(b"9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            &b"+12"[..],
+            b" 12",
+            b"012",
+            b"",
+            b"-",
+            b"1e3",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(
+                parse_redis_integer(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

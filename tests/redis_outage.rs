@@ -144,3 +144,48 @@ fn many_requests_during_a_stall_stay_bounded() {
     thread::sleep(Duration::from_millis(2_100));
     assert!(wait_until(Duration::from_secs(3), || tally.get("/").status == 200));
 }
+
+#[test]
+fn password_change_makes_readiness_fail_with_reason() {
+    let redis = Redis::start();
+    let tally = Tally::start(&[("REDIS_URL", &redis.url()), ("REDIS_TIMEOUT_MS", "300")]);
+    assert_eq!(tally.get("/").status, 200);
+    redis
+        .cli(&["CONFIG", "SET", "requirepass", "n3w-secret"])
+        .unwrap();
+    redis
+        .cli(&[
+            "-a",
+            "n3w-secret",
+            "--no-auth-warning",
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "normal",
+        ])
+        .unwrap();
+    let unready = wait_until(Duration::from_secs(3), || {
+        let ready = tally.get("/readyz");
+        ready.status == 503 && ready.body.contains("NOAUTH")
+    });
+    assert!(unready, "readyz: {}", tally.get("/readyz").body);
+    assert_eq!(tally.get("/").status, 503);
+    assert!(!tally.log_text().contains("n3w-secret"));
+
+    redis
+        .cli(&[
+            "-a",
+            "n3w-secret",
+            "--no-auth-warning",
+            "CONFIG",
+            "SET",
+            "requirepass",
+            "",
+        ])
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(3), || tally
+        .get("/readyz")
+        .status
+        == 200));
+    assert_eq!(tally.get("/").status, 200);
+}

@@ -213,6 +213,7 @@ fn counter_at_i64_max_is_409() {
 fn non_integer_and_wrong_type_are_409() {
     let (redis, tally) = start();
     redis.cli(&["SET", "tally:text", "hello"]).unwrap();
+    redis.cli(&["SET", "tally:plus", "+12"]).unwrap();
     redis.cli(&["RPUSH", "tally:list", "a"]).unwrap();
     for path in ["/counters/text", "/counters/list"] {
         let post = tally.post(path);
@@ -220,10 +221,22 @@ fn non_integer_and_wrong_type_are_409() {
         assert!(post.json()["error"].is_string());
         assert_eq!(tally.get(path).status, 409, "GET {path}");
     }
+    // The first failure is logged with its key; the three after it within
+    // a second are counted in the next line instead.
     let log = tally
-        .wait_for_log("tally:list", std::time::Duration::from_secs(2))
+        .wait_for_log("counter request failed", std::time::Duration::from_secs(2))
         .unwrap();
-    assert!(log.contains("wrong type"));
+    assert!(log.contains("tally:text"), "{log}");
+    assert!(log.contains("not a 64-bit integer"), "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(tally.post("/counters/list").status, 409);
+    let next = tally
+        .wait_for_log("\"suppressed\":3", std::time::Duration::from_secs(2))
+        .unwrap();
+    assert!(next.contains("tally:list"), "{next}");
+    assert!(next.contains("wrong type"), "{next}");
+    // GET reports as a count only what INCR would accept.
+    assert_eq!(tally.get("/counters/plus").status, 409);
     // One bad key does not affect other requests in the same pipeline.
     assert_eq!(tally.get("/").status, 200);
 }
