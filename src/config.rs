@@ -160,7 +160,7 @@ impl Source {
             Some(path) => (path.clone(), true),
             None => (".env".to_string(), false),
         };
-        match std::fs::read(&path) {
+        match read_limited(&path) {
             Ok(bytes) => source.load_file(&path, &bytes)?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {}
             Err(err) => {
@@ -210,6 +210,24 @@ impl Source {
             .or_else(|| self.file.get(name))
             .map(String::as_str)
     }
+}
+
+/// Largest `.env` file read; a bigger one (or `/dev/zero`) is an error, not
+/// an unbounded read.
+const MAX_ENV_FILE_BYTES: u64 = 1024 * 1024;
+
+fn read_limited(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(std::io::Error::other("it is a directory"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_ENV_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_ENV_FILE_BYTES {
+        return Err(std::io::Error::other("the file is larger than 1 MiB"));
+    }
+    Ok(bytes)
 }
 
 impl Config {

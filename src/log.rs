@@ -137,6 +137,10 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
+/// Reports of dropped lines come at most once a second; the count adds up
+/// in between.
+static LOST_LINES_LOG: Throttle = Throttle::new(Duration::from_secs(1));
+
 /// Starts the writer thread. Until this runs, events are written to stdout
 /// synchronously as JSON at every level, which covers configuration errors.
 pub fn init(level: Level, format: Format) {
@@ -273,7 +277,10 @@ fn write_lines(receiver: Receiver<Message>) {
         if !batch.is_empty() {
             if write_stdout(&batch) {
                 lost += logger.dropped.swap(0, Ordering::Relaxed);
-                if lost > 0 && write_stdout(&lost_lines_line(logger, lost)) {
+                if lost > 0
+                    && LOST_LINES_LOG.allow().is_some()
+                    && write_stdout(&lost_lines_line(logger, lost))
+                {
                     lost = 0;
                 }
             } else {
@@ -296,7 +303,7 @@ fn write_stdout(line: &str) -> bool {
 
 fn lost_lines_line(logger: &Logger, lost: u64) -> String {
     let fields = [("lost", Field::from(lost))];
-    let message = "log lines lost while stdout was full or closed";
+    let message = "log lines dropped because stdout was slow or closed";
     match logger.format {
         Format::Json => format_json(Level::Warn, message, &fields),
         Format::Text => format_text(Level::Warn, message, &fields),

@@ -40,6 +40,13 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         None => serve(signals, started),
         Some("healthcheck") if args.len() == 1 => healthcheck(),
+        Some("healthcheck") => {
+            eprintln!(
+                "tally: unknown argument '{}' after healthcheck; run 'tally --help' for usage",
+                args[1]
+            );
+            EXIT_CONFIG
+        }
         Some("--version" | "-V") => {
             println!("tally {VERSION}");
             0

@@ -131,11 +131,19 @@ fn quoted_value_in_dot_env_is_warned_about() {
 }
 
 #[test]
-fn missing_env_file_is_an_error_only_when_named() {
+fn unreadable_env_files_exit_2() {
     let dir = TempDir::new("dotenv");
-    let output = run(&dir.0, &[("ENV_FILE", "/nonexistent/tally.env")], &[]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("invalid ENV_FILE"));
+    for (path, reason) in [
+        ("/nonexistent/tally.env", "No such file"),
+        ("/dev/zero", "larger than 1 MiB"),
+        ("/tmp", "directory"),
+    ] {
+        let output = run(&dir.0, &[("ENV_FILE", path)], &[]);
+        assert_eq!(output.status.code(), Some(2), "{path}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("invalid ENV_FILE"), "{path}: {stdout}");
+        assert!(stdout.contains(reason), "{path}: {stdout}");
+    }
 }
 
 #[test]
