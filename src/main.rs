@@ -135,6 +135,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
     for warning in warnings {
         log::warn(&warning, &[]);
     }
+
     let on_ready = Box::new(move || {
         let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
         let ready_ms = (ready_ms * 1000.0).round() / 1000.0;
@@ -153,6 +154,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
             return EXIT_FAILURE;
         }
     };
+
     let draining = Arc::new(AtomicBool::new(false));
     let app = App {
         store,
@@ -160,6 +162,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
         key_prefix: config.key_prefix.clone(),
         draining: Arc::clone(&draining),
     };
+
     let limits = Limits {
         workers: config.workers,
         max_connections: config.max_connections,
@@ -189,6 +192,7 @@ fn serve(mut signals: Signals, started: Instant) -> i32 {
             ("port", server.local_addr().port().into()),
         ],
     );
+
     signals.wait();
     let code = drain(&server, &config, &draining);
     log::flush(Duration::from_millis(500));
@@ -210,10 +214,12 @@ fn drain(server: &Server, config: &Config, draining: &AtomicBool) -> i32 {
             ("open_connections", server.open_connections().into()),
         ],
     );
+
     if !config.shutdown_delay.is_zero() {
         thread::sleep(config.shutdown_delay);
         log::info("drain delay over", &[("elapsed_ms", elapsed_ms(start))]);
     }
+
     server.stop_accepting();
     server.drain();
     log::info(
@@ -223,17 +229,19 @@ fn drain(server: &Server, config: &Config, draining: &AtomicBool) -> i32 {
             ("open_connections", server.open_connections().into()),
         ],
     );
+
     let deadline = start + config.shutdown_timeout;
     while server.open_connections() > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_micros(500));
     }
+
     let (busy, idle) = server.connection_counts();
     let code = if busy + idle > 0 {
         log::error(
             "shutdown timed out; cutting open connections",
             &[
                 ("requests_in_flight", busy.into()),
-                ("partial_requests", idle.into()),
+                ("connections_waiting_for_client", idle.into()),
                 ("elapsed_ms", elapsed_ms(start)),
             ],
         );

@@ -2,10 +2,10 @@
 //! every queued command as a single pipeline. Workers hand it commands over
 //! a channel and wait, bounded, for their reply.
 //!
-//! Why one pipelining connection rather than a connection per worker: with
-//! 16 threads each issuing one INCR at a time on 2 cores, one pipelining
-//! thread did 1.0 to 2.1 times the operations per second of a connection per
-//! thread over six rounds (bench/redis-sharing, results in
+//! Why one pipelining connection rather than a connection per worker: 16
+//! threads each issuing one INCR at a time on 2 cores did 1.0 to 2.1 times
+//! the operations per second through one pipelining thread as through a
+//! connection per thread, over six rounds (bench/redis-sharing, results in
 //! docs/benchmarks.md). With 4 threads it did 0.43 to 0.76 times, but tally
 //! runs 8 workers per CPU by default, and one connection per replica also
 //! spares Redis.

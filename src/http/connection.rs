@@ -1,8 +1,8 @@
-//! One client connection: reading without blocking, answering every
-//! complete request in the buffer in order (pipelining), and writing the
-//! answers with the write timeout. Reading stops at a bounded buffer, so a
-//! client can never make the server hold more than one head and one small
-//! body per connection.
+//! One client connection: reading without blocking, responding to every
+//! complete request in the buffer in order (pipelining), and sending the
+//! responses without blocking. Reading stops at a bounded buffer and while
+//! responses are unsent, so a client can make the server hold at most one
+//! head, one small body and the responses to what it already sent.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -15,8 +15,9 @@ use super::response::{self, Response};
 use super::server::Shared;
 use crate::log::{self, Level};
 
-/// Requests answered in one turn before the worker lets other connections
-/// go first.
+/// Requests served in one turn before the worker stops reading from the
+/// connection and lets others go first. Requests already read are served
+/// regardless, because epoll does not report bytes that left the socket.
 const MAX_REQUESTS_PER_TURN: usize = 64;
 const READ_CHUNK: usize = 4096;
 /// How long input is drained after an error answer before the socket closes.
@@ -31,7 +32,7 @@ pub enum Outcome {
     Close,
 }
 
-/// What happens once the pending output is sent.
+/// The next step once the pending output is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AfterFlush {
     Continue,
