@@ -53,9 +53,9 @@ pub enum StoreError {
     OutcomeUnknown(String),
     /// The increment would pass the largest 64-bit integer.
     Overflow,
-    /// The key holds a string that is not a 64-bit integer.
+    /// The key contains a string that is not a 64-bit integer.
     NotInteger,
-    /// The key holds a list, hash or other non-string type.
+    /// The key contains a list, hash or other non-string type.
     WrongType,
     /// Any other error reply from Redis.
     Server(String),
@@ -70,7 +70,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Overflow => write!(f, "increment would overflow a 64-bit integer"),
             StoreError::NotInteger => write!(f, "value is not a 64-bit integer"),
-            StoreError::WrongType => write!(f, "key holds a value of the wrong type"),
+            StoreError::WrongType => write!(f, "key contains a value of the wrong type"),
             StoreError::Server(message) => write!(f, "redis error: {message}"),
         }
     }
@@ -384,6 +384,7 @@ impl Link {
                 Op::Read => pipe.cmd("GET").arg(&job.key),
             };
         }
+
         let started = Instant::now();
         let deadline = started + self.timeout;
         if let Err(err) = conn.send_packed_command(&pipe.get_packed_pipeline()) {
@@ -392,6 +393,7 @@ impl Link {
             answer_all(batch, |job| unconfirmed(job, &reason));
             return;
         }
+
         let mut rejected_connection = false;
         // The socket's read timeout is the full timeout. It is shortened to
         // what is left of the deadline only once a tenth of it has passed,
@@ -423,6 +425,7 @@ impl Link {
                 }
             }
         }
+
         if shortened {
             let _ = conn.set_read_timeout(Some(self.timeout));
         }
@@ -440,8 +443,8 @@ impl Link {
     }
 }
 
-/// The error for a job whose reply never came: an increment may have been
-/// applied, a read changed nothing.
+/// Returns the error for a job whose reply never came: an increment may
+/// have been applied, a read changed nothing.
 fn unconfirmed(job: &Job, reason: &str) -> StoreError {
     match job.op {
         Op::Increment(_) => StoreError::OutcomeUnknown(reason.to_string()),
@@ -449,7 +452,7 @@ fn unconfirmed(job: &Job, reason: &str) -> StoreError {
     }
 }
 
-/// Describes a Redis error in plain words; a timeout says how long it was.
+/// Describes a Redis error in plain words, giving a timeout's length.
 fn describe(err: &redis::RedisError, timeout: Duration) -> String {
     if err.is_timeout() {
         format!("timed out after {} ms", timeout.as_millis())
