@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared helpers for tally's scripts; source it, do not run it.
+# Shared helpers for tally's scripts: source this file, do not run it.
 # Each helper installs what is missing on a Debian machine when it runs as
-# root, and otherwise says which package to install.
+# root, and otherwise prints which package to install.
 
 log() {
     echo "$(basename "$0"): $*" >&2
@@ -45,24 +45,24 @@ ensure_musl_target() {
     ensure_commands musl-gcc:musl-tools
 }
 
-# docker_engine_up succeeds when a Docker engine answers.
+# docker_engine_up succeeds when a Docker engine responds.
 docker_engine_up() {
     command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
 }
 
 # ensure_docker_engine installs docker.io and starts dockerd when no engine
-# answers. dockerd keeps running after the script ends.
+# responds. dockerd keeps running after the script ends.
 ensure_docker_engine() {
     docker_engine_up && return 0
     ensure_commands dockerd:docker.io docker:docker.io
     if ! docker_engine_up; then
-        [ "$(id -u)" -eq 0 ] || die "no Docker engine answers; start dockerd as root"
+        [ "$(id -u)" -eq 0 ] || die "no Docker engine responds; start dockerd as root"
         log "starting dockerd (its log: /tmp/tally-dockerd.log)"
         nohup dockerd >/tmp/tally-dockerd.log 2>&1 &
         local waited=0
         until docker_engine_up; do
             waited=$((waited + 1))
-            [ "$waited" -le 60 ] || die "dockerd did not answer within 60 s; see /tmp/tally-dockerd.log"
+            [ "$waited" -le 60 ] || die "dockerd did not respond within 60 s; see /tmp/tally-dockerd.log"
             sleep 1
         done
     fi

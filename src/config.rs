@@ -295,7 +295,7 @@ impl Config {
         })
     }
 
-    /// The settings as log fields, with the Redis password masked.
+    /// Returns the settings as log fields, with the Redis password masked.
     pub fn log_fields(&self) -> serde_json::Value {
         serde_json::json!({
             "HOST": self.host.to_string(),

@@ -1,5 +1,5 @@
 //! Signal handling for the graceful drain. The first SIGTERM or SIGINT sets
-//! a flag and wakes the main thread; a second one exits at once with code 1,
+//! a flag and wakes the main thread. A second one exits at once with code 1,
 //! running no destructors and flushing nothing.
 
 use std::io::{self, Read};

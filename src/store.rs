@@ -2,11 +2,11 @@
 //! every queued command as a single pipeline. Workers hand it commands over
 //! a channel and wait, bounded, for their reply.
 //!
-//! Why one pipelining connection rather than a connection per worker: 16
-//! threads each issuing one INCR at a time on 2 cores did 1.0 to 2.1 times
-//! the operations per second through one pipelining thread as through a
-//! connection per thread, over six rounds (bench/redis-sharing, results in
-//! docs/benchmarks.md). With 4 threads it did 0.43 to 0.76 times, but tally
+//! Why one pipelining connection rather than a connection per worker: with
+//! 16 threads each issuing one INCR at a time on 2 cores, one pipelining
+//! thread did 1.0 to 2.1 times the operations per second of a connection
+//! per thread. Those are six rounds of bench/redis-sharing, with results in
+//! docs/benchmarks.md. With 4 threads it did 0.43 to 0.76 times, but tally
 //! runs 8 workers per CPU by default, and one connection per replica also
 //! spares Redis.
 //!
@@ -31,7 +31,7 @@ const MAX_BATCH: usize = 256;
 /// Idle time after which the connection is checked with `PING`, so that
 /// readiness reflects Redis without a probe ever reaching it.
 const HEARTBEAT: Duration = Duration::from_millis(1_000);
-/// Readiness turns false when Redis has not answered for this long.
+/// Readiness turns false when Redis has not replied for this long.
 const READY_WINDOW: Duration = Duration::from_millis(3_000);
 /// Pause between reconnect attempts; short, so that service resumes within
 /// a second of Redis coming back.
@@ -89,7 +89,7 @@ struct Health {
     connected: AtomicBool,
     /// Becomes true when the first connection attempt has ended either way.
     first_attempt_done: (Mutex<bool>, Condvar),
-    /// Milliseconds since `started` when Redis last answered.
+    /// Milliseconds since `started` when Redis last replied.
     last_answer_ms: AtomicU64,
     reason: Mutex<String>,
     started: Instant,
@@ -113,7 +113,7 @@ thread_local! {
 impl Store {
     /// Starts the Redis thread. It connects in the background, so tally
     /// serves liveness while Redis is down; `on_first_answer` runs once,
-    /// when Redis first answers.
+    /// when Redis first replies.
     pub fn start(
         url: &str,
         timeout: Duration,
@@ -153,6 +153,7 @@ impl Store {
     /// Runs one command and waits for its reply. Never waits longer than
     /// twice the Redis timeout plus a margin.
     pub fn execute(&self, op: Op, key: &str) -> Result<i64, StoreError> {
+        let deadline = Instant::now() + self.timeout * 2 + Duration::from_millis(100);
         if !self.health.connected.load(Ordering::Acquire) {
             // A request that arrives while tally is still making its first
             // connection waits for it rather than failing.
@@ -178,7 +179,6 @@ impl Store {
             if self.jobs.send(job).is_err() {
                 return Err(StoreError::Unavailable("redis thread stopped".into()));
             }
-            let deadline = Instant::now() + self.timeout * 2 + Duration::from_millis(100);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match receiver.recv_timeout(left) {

@@ -20,7 +20,7 @@ use crate::log::{self, Level};
 /// regardless, because epoll does not report bytes that left the socket.
 const MAX_REQUESTS_PER_TURN: usize = 64;
 const READ_CHUNK: usize = 4096;
-/// How long input is drained after an error answer before the socket closes.
+/// How long input is drained after an error response before the socket closes.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, PartialEq, Eq)]
@@ -51,9 +51,9 @@ pub struct Connection {
     /// time, so that closing with unread input does not reset the
     /// connection before the client has read the error.
     linger_until: Option<Instant>,
-    /// Answers the socket did not take yet. While any are pending, no more
-    /// requests are read, so a client that does not read its answers
-    /// holds this buffer and a file descriptor, but no worker.
+    /// Responses the socket did not take yet. While any are pending, no
+    /// more requests are read, so a client that does not read its responses
+    /// costs this buffer and a file descriptor, but no worker.
     pending: Vec<u8>,
     /// When `pending` last became non-empty.
     write_started: Option<Instant>,
@@ -82,13 +82,13 @@ impl Connection {
         &self.peer
     }
 
-    /// True when no request is partly received and no answer is unsent.
+    /// True when no request is partly received and no response is unsent.
     pub fn is_idle(&self) -> bool {
         self.buf.is_empty() && self.pending.is_empty()
     }
 
     /// Frees a buffer grown by a large request, so that an idle keep-alive
-    /// connection holds at most one read chunk.
+    /// connection keeps at most one read chunk.
     pub fn shrink_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > READ_CHUNK {
             self.buf = Vec::new();

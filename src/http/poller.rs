@@ -54,7 +54,7 @@ impl Poller {
     pub fn wait(&self) -> io::Result<u64> {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         loop {
-            // SAFETY: the buffer holds exactly the one event we ask for.
+            // SAFETY: the buffer is exactly the one event we ask for.
             let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), &mut event, 1, -1) };
             if n == 1 {
                 return Ok(event.u64);

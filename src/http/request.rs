@@ -2,13 +2,13 @@
 //! untrusted clients needs on top of it: size and header-count limits, the
 //! framing headers (`Content-Length`, `Transfer-Encoding`) and keep-alive.
 
-/// Longest request head accepted, request line and headers together.
+/// Maximum size of a request head, request line and headers together.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Most header fields accepted in one request.
 pub const MAX_HEADERS: usize = 64;
-/// Longest request body read and discarded; the API takes no body.
+/// Maximum request body read and discarded, because the API takes no body.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
-/// Longest client-sent `X-Request-Id` that is kept.
+/// Maximum length of a client-sent `X-Request-Id` that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ impl Response {
         }
     }
 
-    /// An error response: `{"error": message}`.
+    /// Builds an error response: `{"error": message}`.
     pub fn error(status: u16, message: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": message }))
     }

@@ -158,7 +158,7 @@ impl Server {
     }
 
     /// Closes idle keep-alive connections now and every connection once its
-    /// request in progress is answered.
+    /// request in progress is served.
     pub fn drain(&self) {
         self.close_after_responses();
         self.shared.draining.store(true, Ordering::SeqCst);
